@@ -182,3 +182,8 @@ def test_kill_9_of_the_launcher_then_gc_leaves_nothing(user: User) -> None:
     gc = subprocess.run([user.argv()[-1], "gc"], capture_output=True, text=True, check=False)
     assert gc.returncode == 0, gc.stderr
     assert settled_leftovers() == []
+
+
+def test_a_command_killed_by_a_signal_ends_with_128_plus_n(user: User) -> None:
+    result = user.run("run", IMAGE, "--", "sh", "-c", "kill -KILL $$")
+    assert result.returncode == 128 + signal.SIGKILL, result.stderr

@@ -113,13 +113,14 @@ def launch(options: RunOptions, config: Config, progress: bool = False) -> int:
     args = container_args(image, options.command)
     env = container_env(image, options.env)
     phases.mark("image")
-    _say(progress, f"preparing the root file system of {options.image}")
-    rootfs = prepare_rootfs(image, config.path("cache_dir"))
-    phases.mark("rootfs")
-    keys = agent.RunKeys.generate()
-    phases.mark("keys")
+    # Reach the broker before the slow steps: a missing broker is reported at once.
     broker = BrokerClient(config.path("broker_socket"))
     try:
+        _say(progress, f"preparing the root file system of {options.image}")
+        rootfs = prepare_rootfs(image, config.path("cache_dir"))
+        phases.mark("rootfs")
+        keys = agent.RunKeys.generate()
+        phases.mark("keys")
         return _run(broker, options, config, rootfs, keys, args, env, progress, phases)
     finally:
         broker.close()
