@@ -187,3 +187,34 @@ def test_kill_9_of_the_launcher_then_gc_leaves_nothing(user: User) -> None:
 def test_a_command_killed_by_a_signal_ends_with_128_plus_n(user: User) -> None:
     result = user.run("run", IMAGE, "--", "sh", "-c", "kill -KILL $$")
     assert result.returncode == 128 + signal.SIGKILL, result.stderr
+
+
+def test_a_closed_pipe_ends_the_run_as_sigpipe_ends_a_command(user: User) -> None:
+    script = f"set -o pipefail; {' '.join(user.argv('run', IMAGE, '--', 'yes'))} | head -c 4"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                            timeout=300, check=False)  # fmt: skip
+    assert result.stdout == "y\ny\n"
+    assert result.returncode == 128 + signal.SIGPIPE, result.stderr
+    assert settled_leftovers() == []
+
+
+def test_a_bind_source_with_option_characters_is_served_as_itself(
+    user: User, user_dir: Path
+) -> None:
+    odd = user_dir / "a,source=" / "x"
+    odd.mkdir(parents=True)
+    for path in (odd.parent, odd):
+        os.chown(path, user.uid, user.gid)
+    result = user.run("run", "--bind", f"{odd}:/data", IMAGE, "--", "sh", "-c",
+                      "echo mine > /data/f; ls /data")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "f\n"
+    assert (odd / "f").read_text() == "mine\n"
+
+
+def test_limits_are_refused_with_the_allowed_range(user: User) -> None:
+    result = user.run("run", "--memory", "9999999", IMAGE, "--", "true")
+    assert result.returncode == 125
+    assert "--memory 9999999 MiB is outside 128..16384" in result.stderr
+    assert "hint: ask for less memory" in result.stderr
+    assert settled_leftovers() == []

@@ -32,11 +32,39 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_absolute_links_resolve_inside_the_root(root: Path) -> None:
-    assert agent.resolve_in_root(str(root), "/bin/abs") == str(root / "usr/bin/tool")
+    assert agent.resolve("/bin/abs", {"/": str(root)}) == str(root / "usr/bin/tool")
 
 
 def test_dotdot_cannot_leave_the_root(root: Path) -> None:
-    assert agent.resolve_in_root(str(root), "/usr/bin/escape") == str(root / "etc/hostname")
+    assert agent.resolve("/usr/bin/escape", {"/": str(root)}) == str(root / "etc/hostname")
+
+
+def test_links_cross_into_and_out_of_binds(root: Path, tmp_path: Path) -> None:
+    share = tmp_path / "binds/0"
+    (share / "bin").mkdir(parents=True)
+    (share / "bin/solver").write_text("#!/bin/sh\n")
+    (share / "bin/solver").chmod(0o755)
+    (share / "bin/sh").symlink_to("/usr/bin/tool")
+    (root / "opt").mkdir()
+    (root / "opt/bin").symlink_to("/data/bin")
+    binds = [{"index": 0, "destination": "/data", "readonly": False}]
+    agent.find_command("solver", ["PATH=/opt/bin"], "/", binds)
+    mounts = agent.container_mounts(binds)
+    assert agent.resolve("/data/bin/sh", mounts) == str(root / "usr/bin/tool")
+
+
+def test_dotdot_is_resolved_after_links_not_before(root: Path) -> None:
+    (root / "a/b").mkdir(parents=True)
+    (root / "link").symlink_to("/a/b")
+    (root / "a/tool2").write_text("#!/bin/sh\n")
+    (root / "a/tool2").chmod(0o755)
+    agent.find_command("/link/../tool2", [], "/", [])
+
+
+def test_an_empty_path_entry_is_the_working_directory(root: Path) -> None:
+    agent.find_command("tool", ["PATH=:/nowhere"], "/usr/bin", [])
+    with pytest.raises(agent.AgentError):
+        agent.find_command("tool", ["PATH=:/nowhere"], "/", [])
 
 
 def test_found_command_passes(root: Path) -> None:

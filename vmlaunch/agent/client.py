@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import select
 import shlex
+import signal
 import socket
 import threading
 import time
@@ -23,6 +25,7 @@ PROTOCOL = 1
 AGENT = "/usr/lib/vmlaunch/vmlaunch-agent"
 READY = b"VMLAUNCH-READY "
 CHUNK = 1 << 16
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,6 @@ class RunKeys:
         return cls(paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate())
 
     def host_private_pem(self) -> str:
-        import io
-
         buffer = io.StringIO()
         self.host.write_private_key(buffer)
         return buffer.getvalue()
@@ -114,9 +115,12 @@ def run_in_guest(
     channel = transport.open_session()
     channel.exec_command(agent_command("run"))
     channel.sendall(request_bytes(request))
+    broken = threading.Event()
     pumps = [
-        threading.Thread(target=_pump, args=(channel.recv, stdout), daemon=True),
-        threading.Thread(target=_pump, args=(channel.recv_stderr, stderr), daemon=True),
+        threading.Thread(target=_pump, args=(channel.recv, stdout, broken, channel), daemon=True),
+        threading.Thread(
+            target=_pump, args=(channel.recv_stderr, stderr, broken, channel), daemon=True
+        ),
     ]
     for pump in pumps:
         pump.start()
@@ -128,6 +132,10 @@ def run_in_guest(
     for pump in pumps:
         pump.join()
     channel.close()
+    if broken.is_set():
+        return EXIT_BROKEN_PIPE
+    if status < 0:
+        raise GuestError("the guest ended before the command reported its exit status")
     return status
 
 
@@ -143,10 +151,18 @@ def signal_container(transport: paramiko.Transport, run_id: str, signal_name: st
         raise GuestError(f"the agent could not signal the container: {errors or status}")
 
 
-def _pump(recv: Callable[[int], bytes], out: BinaryIO) -> None:
+def _pump(recv: Callable[[int], bytes], out: BinaryIO, broken: threading.Event,
+          channel: paramiko.Channel) -> None:  # fmt: skip
+    """Copy a stream until it ends. When out is a closed pipe (`| head`), end the run the way
+    SIGPIPE ends a local command: close the channel, and say so through broken."""
     while data := recv(CHUNK):
-        out.write(data)
-        out.flush()
+        try:
+            out.write(data)
+            out.flush()
+        except BrokenPipeError:
+            broken.set()
+            channel.close()
+            return
 
 
 def _feed(stdin: BinaryIO, channel: paramiko.Channel) -> None:

@@ -62,13 +62,29 @@ def read_request() -> Request:
     return request
 
 
-def resolve_in_root(root: str, path: str, create: bool = False) -> str | None:
-    """Resolve path as the container would see it: symlinks never leave root.
+def _components(path: str) -> list[str]:
+    return [p for p in path.split("/") if p not in ("", ".")]
 
-    Returns the guest-side path, or None when a component does not exist; with create, missing
-    components are made as directories instead (mount points for binds).
+
+def _in_guest(parts: list[str], mounts: dict[str, str]) -> str:
+    """The guest path of container path parts: below the longest mount that holds it."""
+    for n in range(len(parts), -1, -1):
+        prefix = "/" + "/".join(parts[:n])
+        if prefix in mounts:
+            return os.path.join(mounts[prefix], *parts[n:])
+    raise AgentError("no mount holds /" + "/".join(parts))
+
+
+def resolve(path: str, mounts: dict[str, str], create: bool = False) -> str | None:
+    """Resolve a container path as the container's kernel would, in the guest's tree.
+
+    mounts maps container paths to guest directories ("/" to the container root, each bind's
+    destination to its share); symlinks resolve against the container's root and cross into
+    binds, never out of the container. Returns the guest path of the last component, or None
+    when a component does not exist; with create, missing components become directories
+    (mount points for binds).
     """
-    parts = [p for p in path.split("/") if p not in ("", ".")]
+    parts = _components(path)
     resolved: list[str] = []
     hops = 0
     while parts:
@@ -77,7 +93,7 @@ def resolve_in_root(root: str, path: str, create: bool = False) -> str | None:
             if resolved:
                 resolved.pop()
             continue
-        candidate = os.path.join(root, *([*resolved, part]))
+        candidate = _in_guest([*resolved, part], mounts)
         try:
             mode = os.lstat(candidate).st_mode
         except FileNotFoundError:
@@ -94,31 +110,31 @@ def resolve_in_root(root: str, path: str, create: bool = False) -> str | None:
             target = os.readlink(candidate)
             if target.startswith("/"):
                 resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            parts = _components(target) + parts
             continue
         resolved.append(part)
-    return os.path.join(root, *resolved)
+    return _in_guest(resolved, mounts)
 
 
-def host_path(container_path: str, binds: list[Request]) -> str | None:
-    """Where a container path lives in the guest: inside a bind, or in the container root."""
-    for bind in sorted(binds, key=lambda b: len(b["destination"]), reverse=True):
-        dest = bind["destination"].rstrip("/") or "/"
-        if container_path == dest or container_path.startswith(dest + "/"):
-            rest = container_path[len(dest) :]
-            return resolve_in_root(os.path.join(BINDS, str(bind["index"])), rest)
-    return resolve_in_root(ROOTFS, container_path)
+def container_mounts(binds: list[Request]) -> dict[str, str]:
+    mounts = {"/": ROOTFS}
+    for bind in binds:
+        destination = "/" + "/".join(_components(bind["destination"]))
+        mounts[destination] = os.path.join(BINDS, str(bind["index"]))
+    return mounts
 
 
 def find_command(argv0: str, env: list[str], cwd: str, binds: list[Request]) -> None:
     """Apply the shell's rules for 127 (not found) and 126 (cannot run) before crun starts."""
     if "/" in argv0:
-        candidates = [argv0 if argv0.startswith("/") else os.path.join(cwd, argv0)]
+        candidates = [argv0 if argv0.startswith("/") else cwd + "/" + argv0]
     else:
         path = dict(e.split("=", 1) for e in env if "=" in e).get("PATH", "/usr/bin:/bin")
-        candidates = [os.path.join(d or ".", argv0) for d in path.split(":")]
+        # An empty entry is the working directory, as in every shell.
+        candidates = [(d or cwd) + "/" + argv0 for d in path.split(":")]
+    mounts = container_mounts(binds)
     for candidate in candidates:
-        found = host_path(os.path.normpath(candidate), binds)
+        found = resolve(candidate, mounts)
         if found is None or not os.path.exists(found):
             continue
         if os.path.isdir(found) or not os.access(found, os.X_OK):
@@ -266,7 +282,7 @@ def verb_prepare(_request: Request) -> None:
             fields = line.rstrip("\n").split(" ", 3)
             if len(fields) != 4 or not fields[3].startswith("/"):
                 raise AgentError(f"malformed bind line {line!r} in the seed")
-            target = resolve_in_root(ROOTFS, fields[3], create=True)
+            target = resolve(fields[3], {"/": ROOTFS}, create=True)
             if target is None or not os.path.isdir(target):
                 raise AgentError(f"bind destination {fields[3]} is not a directory in the image")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pwd
@@ -132,21 +133,27 @@ def check_limits(request: dict[str, Any], config: Config) -> tuple[int, int]:
     return memory, cpus
 
 
-def check_bind_source(path: str, fd: int, peer: Peer) -> Path:
-    """The directory the caller opened (proving it may read it) is the one at path."""
-    held = os.fstat(fd)
-    try:
-        named = os.stat(path)
-    except OSError as e:
-        raise VmlaunchError(f"--bind source {path} cannot be used: {e.strerror}") from e
-    if not stat.S_ISDIR(held.st_mode):
+def check_bind_source(path: str, fd: int) -> None:
+    """The caller opened the directory (proving it may read it); the broker uses that fd only.
+
+    The path is for messages: looking it up again as root would follow whatever a racing
+    rename or symlink put there, and would tell the caller about paths it cannot search.
+    """
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:
+        raise VmlaunchError(
+            f"--bind source {path} was passed without read access",
+            "open it with O_RDONLY | O_DIRECTORY",
+        )
+    if not stat.S_ISDIR(os.fstat(fd).st_mode):
         raise VmlaunchError(
             f"--bind source {path} is not a directory",
             "bind a directory (virtiofs shares directories)",
         )
-    if (held.st_dev, held.st_ino) != (named.st_dev, named.st_ino):
-        raise VmlaunchError(f"--bind source {path} changed while it was being checked")
-    return Path(path)
+
+
+def guest_login(uid: int) -> str:
+    """The guest account's name: fixed by uid, so it never collides with the guest's own."""
+    return "root" if uid == 0 else f"vml{uid}"
 
 
 def check_destination(path: str) -> str:
@@ -181,9 +188,9 @@ def boot(
         what: store.get(digest, what, run.pairing.id)
         for what, digest in run.pairing.artifacts().items()
     }
-    rootfs = _copy_rootfs(fds[0], run.directory / "rootfs.img")
+    rootfs = _copy_rootfs(fds[0], run.directory / "rootfs.img", config["max_rootfs_mib"])
     shares, seed_binds = _start_shares(run, request.get("binds", []), fds[1:])
-    user = GuestUser(run.peer.name, run.peer.uid, run.peer.gid, run.peer.groups)
+    user = GuestUser(guest_login(run.peer.uid), run.peer.uid, run.peer.gid, run.peer.groups)
     write_seed(
         run.directory / "seed.img",
         user,
@@ -215,14 +222,23 @@ def boot(
     return _connect(control), os.open(console, os.O_RDONLY | os.O_CLOEXEC)
 
 
-def _copy_rootfs(fd: int, target: Path) -> Path:
+def _copy_rootfs(fd: int, target: Path, limit_mib: int) -> Path:
     """Copy the caller's root file system image: QEMU must not read a file the caller controls."""
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         raise VmlaunchError("the container root file system passed to the broker is not a file")
+    if st.st_size > limit_mib << 20:
+        raise VmlaunchError(
+            f"the image's root file system is {st.st_size >> 20} MiB, more than the "
+            f"{limit_mib} MiB this host allows",
+            "use a smaller image, or ask the administrator (max_rootfs_mib)",
+        )
     out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         offset = 0
-        while sent := os.sendfile(out, fd, offset, COPY_CHUNK):
+        while offset < st.st_size and (
+            sent := os.sendfile(out, fd, offset, min(COPY_CHUNK, st.st_size - offset))
+        ):
             offset += sent
     finally:
         os.close(out)
@@ -235,21 +251,20 @@ def _start_shares(
     qemu = pwd.getpwnam("libvirt-qemu")
     shares, seed_binds = [], []
     for index, (bind, fd) in enumerate(zip(binds, fds, strict=True)):
-        source = check_bind_source(str(bind["source"]), fd, run.peer)
+        source = str(bind["source"])
+        check_bind_source(source, fd)
         destination = check_destination(str(bind["destination"]))
         readonly = bool(bind["readonly"])
         tag = f"vmlbind{index}"
+        mount_point = run.directory / f"{tag}.mnt"
+        mount_point.mkdir(mode=0o755)
         daemon = start_virtiofsd(
-            source,
-            run.directory / f"{tag}.sock",
-            run.peer.uid,
-            (run.peer.gid, *run.peer.groups),
-            readonly,
-            qemu.pw_uid,
-            qemu.pw_gid,
-        )
+            fd, mount_point, run.directory / f"{tag}.sock",
+            (run.peer.uid, run.peer.gid, run.peer.groups), readonly,
+            (qemu.pw_uid, qemu.pw_gid),
+        )  # fmt: skip
         run.virtiofsds.append(daemon)
-        shares.append(Share(tag, source, readonly, daemon.socket))
+        shares.append(Share(tag, Path(source), readonly, daemon.socket))
         seed_binds.append(SeedBind(index, tag, readonly, destination))
     return tuple(shares), seed_binds
 
@@ -289,9 +304,7 @@ def _stop(pid: int) -> None:
             time.sleep(0.02)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    except ProcessLookupError:
+    except (ChildProcessError, ProcessLookupError):
         pass
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,5 +51,6 @@ def write_seed(
     data = buffer.getvalue()
     # A block device has whole sectors: pad so the archive ends on one.
     data += b"\0" * (-len(data) % BLOCK)
-    path.write_bytes(data)
-    path.chmod(0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from vmlaunch.catalog.store import VerifiedStore
 from vmlaunch.config.settings import Config, load_config
 from vmlaunch.errors import VmlaunchError
 
-log = logging.getLogger("vmlaunch.broker")
+log = logging.getLogger(__name__)
 
 
 class Broker:
@@ -36,11 +37,18 @@ class Broker:
         self.config = config
         self.store = VerifiedStore(config.path("store_dir"))
         self.live: set[str] = set()
+        self.runs_of: dict[int, int] = {}
         self.lock = threading.Lock()
 
     def serve(self, listener: socket.socket) -> None:
         while True:
-            conn, _ = listener.accept()
+            try:
+                conn, _ = listener.accept()
+            except OSError as e:
+                # Out of descriptors or memory: refuse this caller, keep serving the others.
+                log.warning("cannot accept a connection: %s", e)
+                time.sleep(0.1)
+                continue
             threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
 
     def handle(self, conn: socket.socket) -> None:
@@ -53,6 +61,10 @@ class Broker:
                     run = self.dispatch(conn, peer, message, fds, run)
                 except VmlaunchError as e:
                     protocol.send_message(conn, {"ok": False, "error": e.message, "hint": e.hint})
+                except (KeyError, TypeError, ValueError) as e:
+                    error = f"malformed {message.get('op')!r} request to the broker: {e!r}"
+                    hint = "the launcher and the broker must be the same vmlaunch release"
+                    protocol.send_message(conn, {"ok": False, "error": error, "hint": hint})
                 finally:
                     for fd in fds:
                         os.close(fd)
@@ -91,29 +103,36 @@ class Broker:
         self, conn: socket.socket, peer: runs.Peer, message: dict[str, Any], fds: list[int]
     ) -> runs.Run:
         catalog = load_catalog(self.config.path("catalog_dir"))
-        run = runs.prepare_run(peer, message, self.config, catalog, self.store)
         with self.lock:
+            if self.runs_of.get(peer.uid, 0) >= self.config["max_runs"]:
+                raise VmlaunchError(
+                    f"you have {self.config['max_runs']} runs already, the most this host "
+                    "allows at once",
+                    "wait for one to end, or ask the administrator (max_runs)",
+                )
+            run = runs.prepare_run(peer, message, self.config, catalog, self.store)
             self.live.add(run.id)
+            self.runs_of[peer.uid] = self.runs_of.get(peer.uid, 0) + 1
         try:
             control, console = runs.boot(run, message, fds, self.config, self.store)
+            try:
+                reply = {"ok": True, "run": run.id, "pairing": run.pairing.id,
+                         "user": runs.guest_login(peer.uid)}  # fmt: skip
+                protocol.send_message(conn, reply, [control.fileno(), console])
+            finally:
+                control.close()
+                os.close(console)
         except BaseException:
             self.end(run)
             raise
-        try:
-            protocol.send_message(
-                conn,
-                {"ok": True, "run": run.id, "pairing": run.pairing.id, "user": peer.name},
-                [control.fileno(), console],
-            )
-        finally:
-            control.close()
-            os.close(console)
         return run
 
     def end(self, run: runs.Run) -> None:
         runs.finish(run)
         with self.lock:
-            self.live.discard(run.id)
+            if run.id in self.live:
+                self.live.discard(run.id)
+                self.runs_of[run.peer.uid] -= 1
 
 
 def listen(path: Path) -> socket.socket:

@@ -47,6 +47,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("runs_dir", str, "/var/lib/vmlaunch/runs", "the broker's per-run state", admin=True),
     Setting("max_memory", int, 16384, "per-run memory limit in MiB", admin=True),
     Setting("max_cpus", int, 8, "per-run vCPU limit", admin=True),
+    Setting("max_runs", int, 4, "runs one user may have at once", admin=True),
+    Setting("max_rootfs_mib", int, 65536, "largest container root file system, MiB", admin=True),
     Setting("allowed_accels", list, ["kvm", "tcg"], "accelerators users may ask for", admin=True),
 )
 BY_NAME = {s.name: s for s in SETTINGS}

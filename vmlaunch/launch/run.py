@@ -169,9 +169,12 @@ def _run(
             ],
         }
         with _forward_signals(transport, run_id, options.timeout):
-            status = agent.run_in_guest(
-                transport, request, _stdin(), _out(sys.stdout), _out(sys.stderr)
-            )
+            try:
+                status = agent.run_in_guest(
+                    transport, request, _stdin(), _out(sys.stdout), _out(sys.stderr)
+                )
+            except GuestError as e:
+                raise GuestError(f"{e.message}\n{_console_tail(console)}", e.hint) from e
         phases.mark("command")
         transport.close()
     return status
@@ -204,15 +207,17 @@ def _forward_signals(transport: Any, run_id: str, timeout: float | None) -> Iter
         except Exception as e:  # the run may end while the signal travels
             log.warning("could not pass SIG%s to the command: %s", name, e)
 
+    timers: list[threading.Timer] = []
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
         if len(received) > 1:
             raise Interrupted(signum)
         name = signal.Signals(signum).name.removeprefix("SIG")
         threading.Thread(target=forward, args=(name,), daemon=True).start()
-        grace = threading.Timer(SIGNAL_GRACE, os.kill, (os.getpid(), signum))
-        grace.daemon = True
-        grace.start()
+        timers.append(threading.Timer(SIGNAL_GRACE, os.kill, (os.getpid(), signum)))
+        timers[-1].daemon = True
+        timers[-1].start()
 
     def on_timeout() -> None:
         print(
@@ -222,14 +227,14 @@ def _forward_signals(transport: Any, run_id: str, timeout: float | None) -> Iter
         os.kill(os.getpid(), signal.SIGTERM)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    timer = threading.Timer(timeout, on_timeout) if timeout else None
-    if timer:
-        timer.daemon = True
-        timer.start()
+    if timeout:
+        timers.append(threading.Timer(timeout, on_timeout))
+        timers[-1].daemon = True
+        timers[-1].start()
     try:
         yield
     finally:
-        if timer:
+        for timer in timers:
             timer.cancel()
         for s, handler in previous.items():
             signal.signal(s, handler)
