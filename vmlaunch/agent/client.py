@@ -25,6 +25,7 @@ PROTOCOL = 1
 AGENT = "/usr/lib/vmlaunch/vmlaunch-agent"
 READY = b"VMLAUNCH-READY "
 CHUNK = 1 << 16
+EXEC_TIMEOUT = 60.0
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
@@ -113,7 +114,7 @@ def run_in_guest(
     the SSH window would stall the guest (the classic 10 MiB deadlock).
     """
     channel = transport.open_session()
-    channel.exec_command(agent_command("run"))
+    _exec(channel, agent_command("run"))
     channel.sendall(request_bytes(request))
     broken = threading.Event()
     pumps = [
@@ -141,7 +142,7 @@ def run_in_guest(
 
 def signal_container(transport: paramiko.Transport, run_id: str, signal_name: str) -> None:
     channel = transport.open_session()
-    channel.exec_command(agent_command("kill"))
+    _exec(channel, agent_command("kill"))
     channel.sendall(request_bytes({"id": run_id, "signal": signal_name}))
     channel.shutdown_write()
     status = channel.recv_exit_status()
@@ -149,6 +150,22 @@ def signal_container(transport: paramiko.Transport, run_id: str, signal_name: st
     channel.close()
     if status != 0:
         raise GuestError(f"the agent could not signal the container: {errors or status}")
+
+
+def _exec(channel: paramiko.Channel, command: str) -> None:
+    """Start command on channel; paramiko would wait for the guest's answer forever."""
+    timer = threading.Timer(EXEC_TIMEOUT, channel.close)
+    timer.daemon = True
+    timer.start()
+    try:
+        channel.exec_command(command)
+    except paramiko.SSHException as e:
+        raise GuestError(
+            f"the guest did not start the agent within {EXEC_TIMEOUT:.0f} s ({e})",
+            "run again; if it recurs, report it with the console lines above",
+        ) from e
+    finally:
+        timer.cancel()
 
 
 def _pump(recv: Callable[[int], bytes], out: BinaryIO, broken: threading.Event,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmlaunch.broker import domains
+from vmlaunch.broker.rootfs import stage_rootfs
 from vmlaunch.broker.seed import GuestUser, SeedBind, write_seed
 from vmlaunch.broker.virtiofs import Virtiofsd, start_virtiofsd
 from vmlaunch.catalog.model import Catalog, Pairing, Status
@@ -39,7 +40,6 @@ from vmlaunch.vm.domain import (
 log = logging.getLogger(__name__)
 
 SOCKET_WAIT = 10.0
-COPY_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,10 @@ def boot(
         what: store.get(digest, what, run.pairing.id)
         for what, digest in run.pairing.artifacts().items()
     }
-    rootfs = _copy_rootfs(fds[0], run.directory / "rootfs.img", config["max_rootfs_mib"])
+    rootfs = stage_rootfs(
+        fds[0], run.directory / "rootfs.img", config.path("rootfs_cache_dir") / str(run.peer.uid),
+        config["max_rootfs_mib"], config["rootfs_cache_keep"], _qemu_ids()[1],
+    )  # fmt: skip
     shares, seed_binds = _start_shares(run, request.get("binds", []), fds[1:])
     user = GuestUser(guest_login(run.peer.uid), run.peer.uid, run.peer.gid, run.peer.groups)
     write_seed(
@@ -211,7 +214,7 @@ def boot(
         cmdline=run.pairing.kernel.cmdline,
         disks=(
             Disk(artifacts["guest image"], GUEST_DISK_SERIAL, shared=True),
-            Disk(rootfs, ROOTFS_DISK_SERIAL, shared=False),
+            Disk(rootfs, ROOTFS_DISK_SERIAL, shared=True),
             Disk(run.directory / "seed.img", SEED_DISK_SERIAL, shared=False),
         ),
         control_socket=control,
@@ -222,33 +225,14 @@ def boot(
     return _connect(control), os.open(console, os.O_RDONLY | os.O_CLOEXEC)
 
 
-def _copy_rootfs(fd: int, target: Path, limit_mib: int) -> Path:
-    """Copy the caller's root file system image: QEMU must not read a file the caller controls."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise VmlaunchError("the container root file system passed to the broker is not a file")
-    if st.st_size > limit_mib << 20:
-        raise VmlaunchError(
-            f"the image's root file system is {st.st_size >> 20} MiB, more than the "
-            f"{limit_mib} MiB this host allows",
-            "use a smaller image, or ask the administrator (max_rootfs_mib)",
-        )
-    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        offset = 0
-        while offset < st.st_size and (
-            sent := os.sendfile(out, fd, offset, min(COPY_CHUNK, st.st_size - offset))
-        ):
-            offset += sent
-    finally:
-        os.close(out)
-    return target
+def _qemu_ids() -> tuple[int, int]:
+    qemu = pwd.getpwnam("libvirt-qemu")
+    return qemu.pw_uid, qemu.pw_gid
 
 
 def _start_shares(
     run: Run, binds: list[dict[str, Any]], fds: list[int]
 ) -> tuple[tuple[Share, ...], list[SeedBind]]:
-    qemu = pwd.getpwnam("libvirt-qemu")
     shares, seed_binds = [], []
     for index, (bind, fd) in enumerate(zip(binds, fds, strict=True)):
         source = str(bind["source"])
@@ -261,7 +245,7 @@ def _start_shares(
         daemon = start_virtiofsd(
             fd, mount_point, run.directory / f"{tag}.sock",
             (run.peer.uid, run.peer.gid, run.peer.groups), readonly,
-            (qemu.pw_uid, qemu.pw_gid),
+            _qemu_ids(),
         )  # fmt: skip
         run.virtiofsds.append(daemon)
         shares.append(Share(tag, Path(source), readonly, daemon.socket))

@@ -23,7 +23,8 @@ class Disk:
     path: Path
     serial: str
     shared: bool
-    """Shared store artifacts are read by many guests: libvirt must not relabel them."""
+    """Read by many guests (store artifacts, cached root file systems): libvirt must not
+    relabel them; they are readable by QEMU's user or group as they are."""
 
 
 @dataclass(frozen=True)
