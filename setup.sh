@@ -164,13 +164,15 @@ run_demo() {
 
 run_tests() {
 	ensure_user "$test_user"
+	ensure_user "$demo_user" # a second ordinary user: runs must stay private between users
 	install -d -o "$test_user" -g "$test_user" "/home/$test_user/.config/vmlaunch"
 	# This machine's KVM cannot run stock guest kernels: the tests use TCG, said here once.
 	echo "accel: $(accel_for_this_host)" >"/home/$test_user/.config/vmlaunch/config.yaml"
 	chown "$test_user:" "/home/$test_user/.config/vmlaunch/config.yaml"
 	step "test suite"
 	local status=0
-	VMLAUNCH_TEST_USER=$test_user "$venv/bin/pytest" "$@" || status=$?
+	VMLAUNCH_TEST_USER=$test_user VMLAUNCH_TEST_OTHER_USER=$demo_user \
+		"$venv/bin/pytest" "$@" || status=$?
 	if [ "$status" -eq 5 ]; then
 		echo "setup.sh: pytest collected no tests: that is a failure" >&2
 		exit 1

@@ -14,13 +14,24 @@ import pytest
 from .support import User
 
 
-@pytest.fixture(scope="session")
-def user() -> User:
-    name = os.environ.get("VMLAUNCH_TEST_USER")
+def _user_from(variable: str) -> User:
+    name = os.environ.get(variable)
     if not name:
-        pytest.skip("guest tests run through setup.sh test (VMLAUNCH_TEST_USER unset)")
+        pytest.skip(f"guest tests run through setup.sh test ({variable} unset)")
     entry = pwd.getpwnam(name)
     return User(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir))
+
+
+@pytest.fixture(scope="session")
+def user() -> User:
+    """The ordinary user, in no privileged group, who runs the images."""
+    return _user_from("VMLAUNCH_TEST_USER")
+
+
+@pytest.fixture(scope="session")
+def other_user() -> User:
+    """A second ordinary user, who must not see or touch the first one's runs."""
+    return _user_from("VMLAUNCH_TEST_OTHER_USER")
 
 
 @pytest.fixture

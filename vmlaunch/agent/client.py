@@ -136,7 +136,10 @@ def run_in_guest(
     if broken.is_set():
         return EXIT_BROKEN_PIPE
     if status < 0:
-        raise GuestError("the guest ended before the command reported its exit status")
+        raise GuestError(
+            "the guest ended before the command reported its exit status",
+            "it was stopped (`vmlaunch stop`), or it crashed: see its console above",
+        )
     return status
 
 

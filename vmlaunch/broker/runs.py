@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import stat
+import syslog
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -59,9 +60,19 @@ class Run:
     peer: Peer
     directory: Path
     pairing: Pairing
+    image: str = ""
+    started: float = 0.0
+    status: int | None = None
+    """The command's exit status, as the launcher reported it (None: never reported)."""
     connection: Any = None
     domain: Any = None
     virtiofsds: list[Virtiofsd] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "run": self.id, "user": self.peer.name, "uid": self.peer.uid,
+            "pairing": self.pairing.id, "image": self.image, "started": self.started,
+        }  # fmt: skip
 
 
 def peer_of(sock: socket.socket) -> Peer:
@@ -170,7 +181,8 @@ def prepare_run(
     directory = Path(config.path("runs_dir")) / run_id
     directory.mkdir(mode=0o711, parents=True)
     directory.chmod(0o711)
-    run = Run(run_id, peer, directory, pairing)
+    image = str(request.get("image", ""))[:1024]
+    run = Run(run_id, peer, directory, pairing, image=image, started=time.time())
     log.info("run %s for %s (uid %d) on %s", run_id, peer.name, peer.uid, pairing.id)
     return run
 
@@ -265,6 +277,25 @@ def _connect(path: Path) -> socket.socket:
             if time.monotonic() > deadline:
                 raise GuestError(f"the guest's control channel {path} never appeared") from e
             time.sleep(0.05)
+
+
+def audit(run: Run) -> None:
+    """One line per run in the system log, for the administrator."""
+    status = "unreported" if run.status is None else str(run.status)
+    line = (
+        f"vmlaunch: run {run.id} user={run.peer.name} uid={run.peer.uid} "
+        f"image={run.image!r} pairing={run.pairing.id} devices=none status={status} "
+        f"seconds={time.time() - run.started:.0f}"
+    )
+    syslog.syslog(syslog.LOG_INFO | syslog.LOG_DAEMON, line)
+    log.info("%s", line)
+
+
+def stop(run: Run) -> None:
+    """End another connection's guest at once; its launcher sees the guest end, and its
+    connection's end removes the rest."""
+    if run.domain is not None:
+        domains.destroy(run.domain)
 
 
 def finish(run: Run) -> None:

@@ -36,7 +36,7 @@ class Broker:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = VerifiedStore(config.path("store_dir"))
-        self.live: set[str] = set()
+        self.runs: dict[str, runs.Run] = {}
         self.runs_of: dict[int, int] = {}
         self.lock = threading.Lock()
 
@@ -90,14 +90,44 @@ class Broker:
             if run is not None:
                 raise VmlaunchError("this connection already has a run")
             return self.start(conn, peer, message, fds)
+        elif op == "list":
+            listed = [r.describe() for r in self.visible(peer)]
+            protocol.send_message(conn, {"ok": True, "runs": listed})
+        elif op == "stop":
+            other = self.find(peer, str(message["run"]))
+            log.info("run %s stopped by %s (uid %d)", other.id, peer.name, peer.uid)
+            runs.stop(other)
+            protocol.send_message(conn, {"ok": True})
+        elif op == "logs":
+            other = self.find(peer, str(message["run"]))
+            console = os.open(other.directory / "console.log", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                protocol.send_message(conn, {"ok": True}, [console])
+            finally:
+                os.close(console)
+        elif op == "finished" and run is not None:
+            run.status = int(message["status"])
+            protocol.send_message(conn, {"ok": True})
         elif op == "gc":
             with self.lock:
-                live = set(self.live)
+                live = set(self.runs)
             removed = runs.gc_runs(self.config.path("runs_dir"), live) if peer.uid == 0 else []
             protocol.send_message(conn, {"ok": True, "removed": removed})
         else:
             raise VmlaunchError(f"unknown broker operation {op!r}")
         return run
+
+    def visible(self, peer: runs.Peer) -> list[runs.Run]:
+        """The caller's runs; root sees every run."""
+        with self.lock:
+            return [r for r in self.runs.values() if peer.uid in (0, r.peer.uid)]
+
+    def find(self, peer: runs.Peer, run_id: str) -> runs.Run:
+        for run in self.visible(peer):
+            if run.id == run_id:
+                return run
+        # Another user's run is reported exactly like a run that does not exist.
+        raise VmlaunchError(f"no run {run_id} of yours is running", "see `vmlaunch ps`")
 
     def start(
         self, conn: socket.socket, peer: runs.Peer, message: dict[str, Any], fds: list[int]
@@ -111,7 +141,7 @@ class Broker:
                     "wait for one to end, or ask the administrator (max_runs)",
                 )
             run = runs.prepare_run(peer, message, self.config, catalog, self.store)
-            self.live.add(run.id)
+            self.runs[run.id] = run
             self.runs_of[peer.uid] = self.runs_of.get(peer.uid, 0) + 1
         try:
             control, console = runs.boot(run, message, fds, self.config, self.store)
@@ -130,9 +160,10 @@ class Broker:
     def end(self, run: runs.Run) -> None:
         runs.finish(run)
         with self.lock:
-            if run.id in self.live:
-                self.live.discard(run.id)
-                self.runs_of[run.peer.uid] -= 1
+            if self.runs.pop(run.id, None) is None:
+                return
+            self.runs_of[run.peer.uid] -= 1
+        runs.audit(run)
 
 
 def listen(path: Path) -> socket.socket:

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(handler=lambda _args: _print_help(parser))
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_run(commands)
+    _add_lifecycle(commands)
     _add_gc(commands)
     _add_config(commands)
     return parser
@@ -173,6 +175,63 @@ def _read_env_file(path: Path) -> list[str]:
         if "=" not in entry:
             raise VmlaunchError(f"--env-file {path}: {entry!r} is not KEY=VALUE")
     return entries
+
+
+def _add_lifecycle(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ps = commands.add_parser(
+        "ps", help="list your running guests (root: everyone's)",
+        description="List the runs the broker holds for you; root sees every user's.",
+    )  # fmt: skip
+    ps.add_argument("--json", action="store_true", help="print the runs as JSON")
+    ps.set_defaults(handler=_ps)
+    stop = commands.add_parser(
+        "stop", help="destroy a run's guest now",
+        description="Destroy the guest of one of your runs at once (root: anyone's). Its "
+        "launcher reports that the guest ended.",
+    )  # fmt: skip
+    stop.add_argument("run", help="the run's id, as `vmlaunch ps` shows it")
+    stop.set_defaults(handler=_stop)
+    logs = commands.add_parser(
+        "logs", help="print a running guest's console",
+        description="Print the console (kernel and boot messages) of one of your runs.",
+    )  # fmt: skip
+    logs.add_argument("run", help="the run's id, as `vmlaunch ps` shows it")
+    logs.set_defaults(handler=_logs)
+
+
+def _broker_call(message: dict[str, object]) -> tuple[dict[str, object], list[int]]:
+    from vmlaunch.broker.client import BrokerClient
+
+    broker = BrokerClient(load_config().path("broker_socket"))
+    try:
+        return broker.call(message)
+    finally:
+        broker.close()
+
+
+def _ps(args: argparse.Namespace) -> int:
+    reply, _ = _broker_call({"op": "list"})
+    listed = list(reply["runs"])  # type: ignore[call-overload]
+    if args.json:
+        print(json.dumps(listed, indent=2))
+        return 0
+    print(f"{'RUN':<13} {'USER':<12} {'AGE':>6}  {'PAIRING':<32} IMAGE")
+    for run in listed:
+        age = f"{time.time() - float(run['started']):.0f}s"
+        print(f"{run['run']:<13} {run['user']:<12} {age:>6}  {run['pairing']:<32} {run['image']}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    _broker_call({"op": "stop", "run": args.run})
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    _reply, fds = _broker_call({"op": "logs", "run": args.run})
+    with open(fds[0], "rb") as console:
+        sys.stdout.buffer.write(console.read())
+    return 0
 
 
 def _add_gc(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

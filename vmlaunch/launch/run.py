@@ -121,7 +121,9 @@ def launch(options: RunOptions, config: Config, progress: bool = False) -> int:
         phases.mark("rootfs")
         keys = agent.RunKeys.generate()
         phases.mark("keys")
-        return _run(broker, options, config, rootfs, keys, args, env, progress, phases)
+        status = _run(broker, options, config, rootfs, keys, args, env, progress, phases)
+        _report(broker, status)
+        return status
     finally:
         broker.close()
         log.debug("phases %s", phases)
@@ -180,9 +182,18 @@ def _run(
     return status
 
 
+def _report(broker: BrokerClient, status: int) -> None:
+    """Tell the broker the command's status, for its audit line; the run ends regardless."""
+    try:
+        broker.call({"op": "finished", "status": status})
+    except VmlaunchError as e:
+        log.debug("the broker did not take the exit status: %s", e)
+
+
 def _start_request(options: RunOptions, config: Config, keys: agent.RunKeys) -> dict[str, Any]:
     return {
         "op": "start",
+        "image": options.image,
         "pairing": options.pairing,
         "memory": config["memory"],
         "cpus": config["cpus"],
