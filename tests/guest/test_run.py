@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -135,6 +136,11 @@ def test_a_guest_not_ready_in_time_is_destroyed_and_its_console_shown(user: User
     assert "not ready within 1 s" in result.stderr
     assert "last lines of the guest's console" in result.stderr
     assert "Traceback" not in result.stderr
+    kept_at = re.search(r"the whole console is in (\S+)\)", result.stderr)
+    assert kept_at is not None, result.stderr
+    kept = Path(kept_at.group(1))
+    assert kept.parent.parent == user.home / ".cache" / "vmlaunch"
+    assert (kept.stat().st_uid, kept.stat().st_mode & 0o777) == (user.uid, 0o600)
     assert settled_leftovers() == []
 
 

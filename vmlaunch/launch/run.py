@@ -156,7 +156,9 @@ def _run(
         try:
             agent.wait_ready(control, config["boot_timeout"], lambda: True)
         except GuestError as e:
-            raise GuestError(f"{e.message}\n{_console_tail(console)}", e.hint) from e
+            raise GuestError(
+                f"{e.message}\n{_keep_console(console, config, run_id)}", e.hint
+            ) from e
         phases.mark("boot")
         transport = agent.connect(control, keys, str(reply["user"]))
         phases.mark("ssh")
@@ -176,7 +178,9 @@ def _run(
                     transport, request, _stdin(), _out(sys.stdout), _out(sys.stderr)
                 )
             except GuestError as e:
-                raise GuestError(f"{e.message}\n{_console_tail(console)}", e.hint) from e
+                raise GuestError(
+                    f"{e.message}\n{_keep_console(console, config, run_id)}", e.hint
+                ) from e
         phases.mark("command")
         transport.close()
     return status
@@ -251,9 +255,24 @@ def _forward_signals(transport: Any, run_id: str, timeout: float | None) -> Iter
             signal.signal(s, handler)
 
 
-def _console_tail(console: BinaryIO) -> str:
-    lines = console.read().decode(errors="replace").splitlines()[-CONSOLE_TAIL:]
-    return "last lines of the guest's console:\n" + "\n".join(f"  {line}" for line in lines)
+def _keep_console(console: BinaryIO, config: Config, run_id: str) -> str:
+    """Save a failed run's whole console for the user; return its last lines and where it is.
+
+    The broker removes the run's files when the run ends, so this copy is the user's record.
+    """
+    text = console.read()
+    lines = text.decode(errors="replace").splitlines()[-CONSOLE_TAIL:]
+    kept = config.path("cache_dir") / "logs" / f"{run_id}.console"
+    try:
+        kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(text)
+        where = f"the whole console is in {kept}"
+    except OSError as e:
+        where = f"the console could not be kept in {kept}: {e.strerror}"
+    shown = "\n".join(f"  {line}" for line in lines)
+    return f"last lines of the guest's console ({where}):\n{shown}"
 
 
 def _stdin() -> BinaryIO | None:
