@@ -42,10 +42,8 @@ CASES = {
     "kvm-plain": spec(Accel.KVM),
     "tcg-shares": spec(
         shares=(
-            Share(
-                "vmlbind0", Path("/home/u/data"), False, Path("/var/lib/vmlaunch/runs/x/b0.sock")
-            ),
-            Share("vmlbind1", Path("/home/u/ro"), True, Path("/var/lib/vmlaunch/runs/x/b1.sock")),
+            Share("vmlbind0", False, Path("/var/lib/vmlaunch/runs/x/b0.sock")),
+            Share("vmlbind1", True, Path("/var/lib/vmlaunch/runs/x/b1.sock")),
         )
     ),
 }

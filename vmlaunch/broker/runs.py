@@ -260,7 +260,7 @@ def _start_shares(
             _qemu_ids(),
         )  # fmt: skip
         run.virtiofsds.append(daemon)
-        shares.append(Share(tag, Path(source), readonly, daemon.socket))
+        shares.append(Share(tag, readonly, daemon.socket))
         seed_binds.append(SeedBind(index, tag, readonly, destination))
     return tuple(shares), seed_binds
 

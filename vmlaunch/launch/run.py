@@ -154,7 +154,7 @@ def _run(
     control = socket.socket(fileno=control_fd)
     with open(console_fd, "rb") as console, control:
         try:
-            agent.wait_ready(control, config["boot_timeout"], lambda: True)
+            agent.wait_ready(control, config["boot_timeout"])
         except GuestError as e:
             raise GuestError(
                 f"{e.message}\n{_keep_console(console, config, run_id)}", e.hint

@@ -32,7 +32,6 @@ class Share:
     """A host directory served by a virtiofsd the broker started, reached through socket."""
 
     tag: str
-    source: Path
     readonly: bool
     socket: Path
 
