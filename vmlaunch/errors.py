@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class VmlaunchError(Exception):
     """A failure the user can act on: what went wrong, and how to fix it.
@@ -39,7 +41,5 @@ class Interrupted(Exception):
     """A second signal, or the grace period after the first, ended the run."""
 
     def __init__(self, signum: int) -> None:
-        import signal
-
         super().__init__(signal.Signals(signum).name)
         self.signum = signum

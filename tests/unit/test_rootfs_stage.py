@@ -70,3 +70,18 @@ def test_a_changed_file_is_hashed_again_even_with_its_old_mtime(tmp_path: Path) 
     source.write_bytes(b"C" * 4096)
     os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert stage(source, tmp_path / "run2.img", tmp_path / "cache").read_bytes() == b"C" * 4096
+
+
+def test_a_file_changed_between_hash_and_copy_stages_what_was_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmlaunch.broker import rootfs
+
+    source = tmp_path / "mine.erofs"
+    source.write_bytes(b"D" * 4096)
+    # The digest taken of the caller's file no longer matches what the broker then copies.
+    monkeypatch.setattr(rootfs, "_hash_fd", lambda fd, size: "0" * 64)
+    staged = stage(source, tmp_path / "run.img", tmp_path / "cache")
+    assert staged.read_bytes() == b"D" * 4096
+    digest = hashlib.sha256(b"D" * 4096).hexdigest()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{digest}.img"]

@@ -32,7 +32,8 @@ def stage_rootfs(
     cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     entry = cache / f"{_digest(fd, size, cache)}.img"
     if not entry.is_file():
-        _add(fd, size, entry, qemu_gid)
+        # Named by the copy's own digest, which differs if the caller changed the file meanwhile.
+        entry = _add(fd, size, entry, qemu_gid)
     try:
         os.link(entry, target)
     except OSError:  # another file system: pay for a copy
@@ -83,7 +84,7 @@ def _hash_fd(fd: int, size: int) -> str:
     return digest.hexdigest()
 
 
-def _add(fd: int, size: int, entry: Path, qemu_gid: int) -> None:
+def _add(fd: int, size: int, entry: Path, qemu_gid: int) -> Path:
     """Copy, then hash the copy (the caller may change its file meanwhile), then name it."""
     partial = entry.with_name(f".{secrets.token_hex(8)}.partial")
     out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -100,8 +101,10 @@ def _add(fd: int, size: int, entry: Path, qemu_gid: int) -> None:
     os.close(out)
     with partial.open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    os.replace(partial, entry.with_name(f"{digest}.img"))
+    named = entry.with_name(f"{digest}.img")
+    os.replace(partial, named)
     log.debug("cached a root file system as %s", digest)
+    return named
 
 
 def _evict(cache: Path, keep: int) -> None:
